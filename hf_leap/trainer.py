@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import Trainer, TrainingArguments
+from transformers import SchedulerType, Trainer, TrainingArguments
 
 from .config import DEFAULT_MODE, DEFAULT_SIGMA, DEFAULT_WINDOW, LEAP_MODES, LEAPConfig
 from .perturbation import innermost_optimizer
@@ -79,7 +79,7 @@ class LEAPTrainingArguments(TrainingArguments):
         ('leap_linear', 0.3, 42)
     """
 
-    lr_scheduler_type: str = field(
+    lr_scheduler_type: SchedulerType | str = field(
         default="leap_linear",
         metadata={"help": "The scheduler type to use; leap_<name> wraps a transformers schedule with LEAP."},
     )
