@@ -42,7 +42,6 @@ def main():
         "schedule": training_args.lr_scheduler_type.value,
         "leap_hooked": hasattr(optimizer, "_leap_perturbation"),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "first_param_head": [float(x) for x in next(model.parameters()).detach().reshape(-1)[:3]],
     }), flush=True)
     torch.save({n: p.detach() for n, p in model.named_parameters()},
                os.path.join(training_args.output_dir, f"final_params_rank{rank}.pt"))
