@@ -14,6 +14,8 @@ those elements: the noise does not depend on the world size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 NOISE_BLOCK_SIZE = 1 << 16
@@ -60,6 +62,70 @@ def counter_seed(seed: int, step: int, tensor_key: int, block_index: int, shard_
     return mixed
 
 
+def iter_keyed_normal_blocks(
+    local_numel: int,
+    *,
+    mean: float,
+    std: float,
+    seed: int,
+    step: int,
+    tensor_key: int,
+    global_numel: int,
+    global_offset: int = 0,
+    shard_key: int = 0,
+    generator: torch.Generator,
+    scratch: torch.Tensor,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yields keyed Gaussian noise ``N(mean, std**2)`` for a range of a tensor, block by block.
+
+    The range is the elements ``[global_offset, global_offset + local_numel)`` of a tensor
+    with ``global_numel`` elements in row-major order. Each yielded ``(start, end, values)``
+    covers local positions ``[start, end)``; ``values`` is a view into ``scratch`` that is
+    overwritten by the next block, so consume it before advancing. Working block by block
+    keeps the noise in cache and needs only one block of scratch memory.
+
+    Args:
+        local_numel: Number of elements of the local range.
+        mean: Mean of the distribution.
+        std: Standard deviation of the distribution.
+        seed: The user's LEAP seed.
+        step: The optimizer step.
+        tensor_key: Stable index of the parameter tensor.
+        global_numel: Number of elements of the whole (unsharded) tensor.
+        global_offset: Row-major position of the range's first element in the whole tensor.
+        shard_key: Extra key coordinate, see ``counter_seed``.
+        generator: A dedicated generator on the scratch's device; reseeded per block.
+        scratch: Floating-point buffer of at least ``min(NOISE_BLOCK_SIZE, global_numel)``
+            elements.
+
+    Yields:
+        ``(start, end, values)`` with ``values.numel() == end - start``.
+
+    Examples:
+        >>> blocks = iter_keyed_normal_blocks(3, mean=0.0, std=1.0, seed=0, step=0, tensor_key=0,
+        ...     global_numel=3, generator=torch.Generator(), scratch=torch.empty(3))
+        >>> [(start, end) for start, end, _ in blocks]
+        [(0, 3)]
+    """
+    if local_numel == 0:
+        return
+    block_size = min(NOISE_BLOCK_SIZE, global_numel)
+    if scratch.numel() < block_size:
+        raise ValueError(f"scratch must hold at least {block_size} elements, got {scratch.numel()}")
+    first_block = global_offset // block_size
+    last_block = (global_offset + local_numel - 1) // block_size
+    for block_index in range(first_block, last_block + 1):
+        block_start = block_index * block_size
+        block_length = min(block_size, global_numel - block_start)
+        take_start = max(block_start, global_offset)
+        take_end = min(block_start + block_length, global_offset + local_numel)
+        generator.manual_seed(counter_seed(seed, step, tensor_key, block_index, shard_key))
+        block = scratch[:block_length]
+        block.normal_(mean, std, generator=generator)
+        yield (take_start - global_offset, take_end - global_offset,
+               block[take_start - block_start : take_end - block_start])
+
+
 def fill_keyed_normal_(
     out: torch.Tensor,
     *,
@@ -72,28 +138,22 @@ def fill_keyed_normal_(
     global_offset: int = 0,
     shard_key: int = 0,
     generator: torch.Generator,
-    scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fills ``out`` with keyed Gaussian noise ``N(mean, std**2)`` for a range of a tensor.
-
-    ``out`` holds the elements ``[global_offset, global_offset + out.numel())`` of a
-    tensor with ``global_numel`` elements in row-major order. Blocks that ``out`` covers
-    completely are drawn in place; partly covered ones are drawn whole into ``scratch``
-    and the owned slice is copied, so a shard sees exactly the values of the full tensor.
+    """Fills ``out`` with the keyed noise of ``iter_keyed_normal_blocks`` (a convenience for tests
+    and inspection; LEAP itself consumes the blocks directly).
 
     Args:
-        out: Contiguous floating-point tensor to fill (any shape).
+        out: Contiguous floating-point tensor holding the elements
+            ``[global_offset, global_offset + out.numel())`` of the whole tensor.
         mean: Mean of the distribution.
         std: Standard deviation of the distribution.
         seed: The user's LEAP seed.
         step: The optimizer step.
         tensor_key: Stable index of the parameter tensor.
-        global_numel: Number of elements of the whole (unsharded) tensor.
-        global_offset: Row-major position of ``out``'s first element in the whole tensor.
+        global_numel: Number of elements of the whole tensor.
+        global_offset: Position of ``out``'s first element in the whole tensor.
         shard_key: Extra key coordinate, see ``counter_seed``.
-        generator: A dedicated generator on ``out``'s device; it is reseeded per block.
-        scratch: Optional buffer of at least ``NOISE_BLOCK_SIZE`` elements with ``out``'s
-            dtype and device, used for partly covered blocks; allocated when missing.
+        generator: A dedicated generator on ``out``'s device.
 
     Returns:
         ``out``, filled.
@@ -108,25 +168,10 @@ def fill_keyed_normal_(
         True
     """
     flat = out.view(-1)
-    local_numel = flat.numel()
-    if local_numel == 0:
-        return out
-    block_size = min(NOISE_BLOCK_SIZE, global_numel)
-    first_block = global_offset // block_size
-    last_block = (global_offset + local_numel - 1) // block_size
-    for block_index in range(first_block, last_block + 1):
-        block_start = block_index * block_size
-        block_length = min(block_size, global_numel - block_start)
-        take_start = max(block_start, global_offset)
-        take_end = min(block_start + block_length, global_offset + local_numel)
-        generator.manual_seed(counter_seed(seed, step, tensor_key, block_index, shard_key))
-        destination = flat[take_start - global_offset : take_end - global_offset]
-        if take_start == block_start and take_end == block_start + block_length:
-            destination.normal_(mean, std, generator=generator)
-            continue
-        if scratch is None or scratch.numel() < block_length:
-            scratch = torch.empty(block_size, dtype=out.dtype, device=out.device)
-        block = scratch[:block_length]
-        block.normal_(mean, std, generator=generator)
-        destination.copy_(block[take_start - block_start : take_end - block_start])
+    scratch = torch.empty(min(NOISE_BLOCK_SIZE, global_numel), dtype=out.dtype, device=out.device)
+    for start, end, values in iter_keyed_normal_blocks(
+        flat.numel(), mean=mean, std=std, seed=seed, step=step, tensor_key=tensor_key, global_numel=global_numel,
+        global_offset=global_offset, shard_key=shard_key, generator=generator, scratch=scratch,
+    ):
+        flat[start:end].copy_(values)
     return out

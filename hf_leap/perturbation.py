@@ -21,7 +21,7 @@ import torch
 from torch.optim import Optimizer
 
 from .config import LEAPConfig
-from .noise import NOISE_BLOCK_SIZE, fill_keyed_normal_
+from .noise import NOISE_BLOCK_SIZE, iter_keyed_normal_blocks
 
 # Optimizers that choose their own step size, or whose update is not linear in ``lr``:
 # running them at lr = 1 and rescaling would be silently wrong.
@@ -174,6 +174,13 @@ def _deepspeed_partition_key(optimizer: Any) -> int:
     return 0
 
 
+# Optimizers whose update of a tensor depends only on that tensor's own gradient and
+# state: stepping them one tensor at a time is exactly their normal step, which lets the
+# fast path hold a snapshot of one tensor instead of all of them.
+_PER_TENSOR_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop,
+                          torch.optim.Adagrad)
+
+
 class LEAPPerturbation:
     """Applies LEAP's per-element learning rates around every step of one optimizer.
 
@@ -181,6 +188,16 @@ class LEAPPerturbation:
     perturbation is driven by the schedule's clock: the noise of an optimizer step is keyed
     by the scheduler's ``last_epoch`` at that moment, so it resumes exactly from
     ``scheduler.pt`` and agrees on every rank.
+
+    Two exact ways to get the unit-lr update, with identical results:
+
+    * fast path (torch SGD, Adam, AdamW, RMSprop, Adagrad without closure/capturable): the
+      real step runs one tensor at a time at lr 1 inside the pre-hook, each tensor combined
+      with its noise while it is still in cache; extra memory is one snapshot of the largest
+      tensor plus one noise block.
+    * generic path (every other lr-linear optimizer): all parameters are snapshotted into
+      persistent buffers (one copy of the parameters), the real step runs at lr 1, and the
+      post-hook combines tensor by tensor.
 
     Args:
         config: The validated LEAP settings.
@@ -192,8 +209,8 @@ class LEAPPerturbation:
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> leap = LEAPPerturbation(LEAPConfig(sigma=0.5), clock=lambda: 0).attach(opt)
         >>> model(torch.ones(2, 3)).sum().backward(); opt.step()
-        >>> opt.param_groups[0]["lr"]
-        0.1
+        >>> opt.param_groups[0]["lr"], leap.perturbed_steps
+        (0.1, 1)
     """
 
     def __init__(self, config: LEAPConfig, clock: Callable[[], int], num_training_steps: int | None = None) -> None:
@@ -204,16 +221,19 @@ class LEAPPerturbation:
             )
         self.config = config
         self.num_training_steps = num_training_steps
+        self.use_fast_path = True
         self._clock = clock
         self._tensor_keys: dict[int, tuple[weakref.ref, int]] = {}
         self._snapshots: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
-        self._noise_buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._block_scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._scratch: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._pending: list[tuple[dict, Any, list[torch.Tensor]]] | None = None
+        self._hidden_grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_step = 0
         self._partition_key = 0
+        self._handles: tuple = ()
         self._optimizer_ref: weakref.ref | None = None
+        self._spread = _SpreadAccumulator()
         self.last_stats: dict[str, float] = {}
         self.perturbed_steps = 0
 
@@ -243,15 +263,14 @@ class LEAPPerturbation:
 
     def detach(self) -> None:
         """Removes the hooks; the optimizer then steps exactly as without LEAP."""
-        self._restore_learning_rates()
-        for handle in getattr(self, "_handles", ()):
+        self._restore()
+        for handle in self._handles:
             handle.remove()
         self._handles = ()
         inner = self._optimizer_ref() if self._optimizer_ref is not None else None
         if inner is not None and getattr(inner, "_leap_perturbation", None) is self:
             del inner._leap_perturbation
 
-    # -- the step ---------------------------------------------------------------------
     def is_active(self, step: int) -> bool:
         """Whether the optimizer step at schedule step ``step`` is perturbed."""
         if self.config.sigma == 0.0:
@@ -261,6 +280,12 @@ class LEAPPerturbation:
         start, end = self.config.window
         return start * self.num_training_steps <= step < end * self.num_training_steps
 
+    def extra_memory_bytes(self) -> int:
+        """Bytes LEAP keeps allocated between steps (snapshots and scratch buffers)."""
+        tensors = [buffer for _, buffer in self._snapshots.values()] + list(self._scratch.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # -- buffers ----------------------------------------------------------------------
     def _tensor_key(self, parameter: torch.Tensor) -> int:
         entry = self._tensor_keys.get(id(parameter))
         if entry is not None and entry[0]() is parameter:
@@ -269,7 +294,7 @@ class LEAPPerturbation:
         self._tensor_keys[id(parameter)] = (weakref.ref(parameter), key)
         return key
 
-    def _snapshot_buffer(self, parameter: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    def _persistent_snapshot(self, parameter: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         entry = self._snapshots.get(id(parameter))
         if entry is not None and entry[0]() is parameter and entry[1].shape == local.shape:
             return entry[1]
@@ -277,18 +302,13 @@ class LEAPPerturbation:
         self._snapshots[id(parameter)] = (weakref.ref(parameter), buffer)
         return buffer
 
-    def _noise_buffer(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reusable per-element-lr buffer shaped like ``like``, and a one-block scratch."""
-        key = (like.device, torch.promote_types(like.dtype, torch.float32))
-        buffer = self._noise_buffers.get(key)
-        if buffer is None or buffer.numel() < like.numel():
-            buffer = torch.empty(like.numel(), dtype=key[1], device=like.device)
-            self._noise_buffers[key] = buffer
-        scratch = self._block_scratch.get(key)
-        if scratch is None:
-            scratch = torch.empty(NOISE_BLOCK_SIZE, dtype=key[1], device=like.device)
-            self._block_scratch[key] = scratch
-        return buffer[: like.numel()].view(like.shape), scratch
+    def _scratch_buffer(self, purpose: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (purpose, device, dtype)
+        buffer = self._scratch.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.empty(numel, dtype=dtype, device=device)
+            self._scratch[key] = buffer
+        return buffer[:numel]
 
     def _generator(self, device: torch.device) -> torch.Generator:
         generator = self._generators.get(device)
@@ -297,80 +317,143 @@ class LEAPPerturbation:
             self._generators[device] = generator
         return generator
 
-    def _restore_learning_rates(self) -> None:
+    # -- the step ---------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Puts back the scheduled lrs and any hidden gradients (also after a failed step)."""
         if self._pending is not None:
             for group, learning_rate, _ in self._pending:
                 group["lr"] = learning_rate
             self._pending = None
+        for parameter, gradient in self._hidden_grads:
+            parameter.grad = gradient
+        self._hidden_grads = []
+
+    def _fast_path_applies(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> bool:
+        return (
+            self.use_fast_path
+            and type(optimizer) in _PER_TENSOR_OPTIMIZERS
+            and len(args) <= 1  # args[0] is the optimizer itself; anything else is a closure
+            and kwargs.get("closure") is None
+            and not any(g.get("capturable") or g.get("differentiable") for g in optimizer.param_groups)
+        )
 
     @torch.no_grad()
     def _before_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
         # A step that raised (e.g. an OOM caught by auto_find_batch_size) never reached the
         # post-hook: put the scheduled learning rates back before anything else.
-        self._restore_learning_rates()
+        self._restore()
         for group in optimizer.param_groups:
             for parameter in group["params"]:
                 self._tensor_key(parameter)
         step = int(self._clock())
         if not self.is_active(step):
             return
+        self._spread = _SpreadAccumulator()
+        if self._fast_path_applies(optimizer, args, kwargs):
+            self._step_tensor_by_tensor(optimizer, args, kwargs, step)
+            self._finish_step(step)
+            return
         pending = []
         for group in optimizer.param_groups:
             stepped = [p for p in group["params"] if p.grad is not None]
-            learning_rate = group["lr"]
             for parameter in stepped:
-                position = _shard_position(parameter, self._partition_key)
-                self._snapshot_buffer(parameter, position.local).copy_(position.local)
-            pending.append((group, learning_rate, stepped))
+                local = _shard_position(parameter, self._partition_key).local
+                self._persistent_snapshot(parameter, local).copy_(local)
+            pending.append((group, group["lr"], stepped))
         # Only after every snapshot is taken: a failure above leaves the lrs untouched.
         for group, learning_rate, _ in pending:
-            group["lr"] = torch.ones_like(learning_rate) if isinstance(learning_rate, torch.Tensor) else 1.0
+            group["lr"] = _unit_like(learning_rate)
         self._pending = pending
         self._pending_step = step
 
     @torch.no_grad()
     def _after_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._hidden_grads:  # fast path: the work was done in the pre-hook
+            self._restore()
+            return
         pending = self._pending
         if pending is None:
             return
-        self._restore_learning_rates()
-        config, step = self.config, self._pending_step
-        spread = _SpreadAccumulator()
+        self._restore()
         for group, learning_rate, stepped in pending:
-            mean, std = config.element_lr_distribution(float(learning_rate))
             for parameter in stepped:
-                position = _shard_position(parameter, self._partition_key)
-                local = position.local
-                snapshot = self._snapshot_buffer(parameter, local)
-                element_lr, scratch = self._noise_buffer(local)
-                fill_keyed_normal_(
-                    element_lr,
-                    mean=mean,
-                    std=std,
-                    seed=config.seed,
-                    step=step,
-                    tensor_key=self._tensor_key(parameter),
-                    global_numel=position.global_numel,
-                    global_offset=position.global_offset,
-                    shard_key=position.shard_key,
-                    generator=self._generator(local.device),
-                    scratch=scratch,
-                )
-                if config.clip is not None:
-                    element_lr.clamp_(mean - config.clip * std, mean + config.clip * std)
-                spread.add(element_lr, mean)
-                local.sub_(snapshot)  # the unit-lr update u = p1 - p0
-                torch.addcmul(snapshot, local, element_lr, out=local)  # p0 + lr_j * u
+                local = _shard_position(parameter, self._partition_key).local
+                self._combine(parameter, self._persistent_snapshot(parameter, local), float(learning_rate),
+                              self._pending_step)
+        self._finish_step(self._pending_step)
+
+    def _step_tensor_by_tensor(self, optimizer: Optimizer, args: tuple, kwargs: dict, step: int) -> None:
+        """Fast path: the real step, one tensor at a time at lr 1, each combined at once."""
+        unhooked_step = getattr(type(optimizer).step, "__wrapped__", type(optimizer).step)
+        groups = optimizer.param_groups
+        try:
+            for group in groups:
+                unit_group = {**group, "lr": _unit_like(group["lr"])}
+                for parameter in group["params"]:
+                    if parameter.grad is None:
+                        continue
+                    local = _shard_position(parameter, self._partition_key).local
+                    snapshot = self._scratch_buffer("snapshot", local.numel(), local.dtype, local.device)
+                    snapshot = snapshot.view(local.shape)
+                    snapshot.copy_(local)
+                    optimizer.param_groups = [{**unit_group, "params": [parameter]}]
+                    unhooked_step(*args, **kwargs)
+                    self._combine(parameter, snapshot, float(group["lr"]), step)
+        finally:
+            optimizer.param_groups = groups
+        # The hooked step that follows must not step again: hide the gradients until the
+        # post-hook gives them back.
+        self._hidden_grads = [(p, p.grad) for g in groups for p in g["params"] if p.grad is not None]
+        for parameter, _ in self._hidden_grads:
+            parameter.grad = None
+
+    def _combine(self, parameter: torch.Tensor, snapshot: torch.Tensor, learning_rate: float, step: int) -> None:
+        """``p = p0 + lr_j * (p1 - p0)`` block by block, with ``p`` holding ``p1`` on entry."""
+        config = self.config
+        position = _shard_position(parameter, self._partition_key)
+        local = position.local
+        if not local.is_contiguous():
+            raise ValueError("LEAP needs contiguous parameter storage; call .contiguous() on the model's parameters")
+        mean, std = config.element_lr_distribution(learning_rate)
+        noise_dtype = torch.promote_types(local.dtype, torch.float32)
+        scratch = self._scratch_buffer("noise", min(NOISE_BLOCK_SIZE, position.global_numel), noise_dtype,
+                                       local.device)
+        updated, initial = local.view(-1), snapshot.view(-1)
+        blocks = iter_keyed_normal_blocks(
+            updated.numel(), mean=mean, std=std, seed=config.seed, step=step,
+            tensor_key=self._tensor_key(parameter), global_numel=position.global_numel,
+            global_offset=position.global_offset, shard_key=position.shard_key,
+            generator=self._generator(local.device), scratch=scratch,
+        )
+        for index, (start, end, element_lr) in enumerate(blocks):
+            if config.clip is not None:
+                element_lr.clamp_(mean - config.clip * std, mean + config.clip * std)
+            if index == 0:
+                self._spread.add(element_lr, mean)
+            if element_lr.dtype == updated.dtype:
+                # lerp(p0, p1, lr_j) = p0 + lr_j * (p1 - p0), in one pass over memory
+                torch.lerp(initial[start:end], updated[start:end], element_lr, out=updated[start:end])
+            else:  # low-precision parameters: combine in float32
+                unit_update = updated[start:end].sub_(initial[start:end])
+                torch.addcmul(initial[start:end], unit_update, element_lr, out=unit_update)
+
+    def _finish_step(self, step: int) -> None:
         self.perturbed_steps += 1
-        self.last_stats = spread.summary(step, config.sigma)
+        self.last_stats = self._spread.summary(step, self.config.sigma)
+
+
+def _unit_like(learning_rate: Any) -> Any:
+    return torch.ones_like(learning_rate) if isinstance(learning_rate, torch.Tensor) else 1.0
 
 
 class _SpreadAccumulator:
     """Realised spread of the per-element learning rates of one step.
 
-    Measured on the first noise block of every tensor (up to 65,536 elements each), which
-    keeps the cost negligible next to drawing the noise itself.
+    Measured on a sample: the first ``SAMPLE`` per-element learning rates of every tensor,
+    which keeps the cost negligible next to drawing the noise itself.
     """
+
+    SAMPLE = 4096
 
     def __init__(self) -> None:
         self.count = 0
@@ -379,7 +462,7 @@ class _SpreadAccumulator:
         self.maximum = -math.inf
 
     def add(self, element_lr: torch.Tensor, mean: float) -> None:
-        sample = element_lr.view(-1)[:NOISE_BLOCK_SIZE].float()
+        sample = element_lr.reshape(-1)[: self.SAMPLE].float()
         low, high = torch.aminmax(sample)
         self.sum_sq_dev += float(((sample - mean) ** 2).sum())
         self.count += sample.numel()

@@ -134,3 +134,51 @@ def test_innermost_optimizer_unwraps_accelerate():
     assert innermost_optimizer(prepared) is optimizer
     get_leap_scheduler("leap_constant", prepared, sigma=0.1)
     assert optimizer._leap_perturbation.config.sigma == 0.1
+
+
+FAST_PATH = ["sgd", "sgd_momentum", "sgd_nesterov", "adam", "adamw_fused", "adamw_foreach", "adamw_single_tensor",
+             "rmsprop", "adagrad"]
+
+
+def train_a_few_steps(make_optimizer, fast: bool, steps: int = 4):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(300, 256), torch.nn.Flatten(), torch.nn.Linear(1024, 3))
+    optimizer = make_optimizer(model)
+    scheduler = get_leap_scheduler("leap_linear", optimizer, 1, steps, sigma=0.5, clip=2.5)
+    optimizer._leap_perturbation.use_fast_path = fast
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        tokens = torch.randint(0, 300, (8, 4), generator=generator)
+        model(tokens).logsumexp(-1).mean().backward()
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer._leap_perturbation
+
+
+@pytest.mark.parametrize("name", FAST_PATH)
+def test_fast_path_is_bit_identical_to_the_generic_path(name):
+    fast_model, fast = train_a_few_steps(OPTIMIZERS[name], fast=True)
+    generic_model, generic = train_a_few_steps(OPTIMIZERS[name], fast=False)
+    for a, b in zip(fast_model.parameters(), generic_model.parameters()):
+        assert torch.equal(a, b)
+    assert fast.last_stats == generic.last_stats
+    parameters = list(fast_model.parameters())
+    largest = max(p.numel() * p.element_size() for p in parameters)
+    total = sum(p.numel() * p.element_size() for p in parameters)
+    noise_block = 65536 * 4
+    assert fast.extra_memory_bytes() <= 2 * largest  # one tensor snapshot + one noise block
+    assert generic.extra_memory_bytes() <= total + noise_block
+
+
+def test_fast_path_honours_the_grad_scaler_of_fused_adamw():
+    parameter = torch.nn.Parameter(torch.randn(100))
+    optimizer = torch.optim.AdamW([parameter], lr=1e-2, fused=True)
+    get_leap_scheduler("leap_constant", optimizer, sigma=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    before = parameter.detach().clone()
+    scaler.scale(parameter.sum()).backward()
+    parameter.grad[0] = float("nan")
+    scaler.step(optimizer)
+    assert torch.equal(parameter.detach(), before)
+    assert parameter.grad is not None  # hidden gradients are given back after the step
