@@ -43,6 +43,7 @@ TEXT_DEFAULTS = {
     "logging_steps": 5,
     "save_strategy": "no",
     "report_to": "none",
+    "dataloader_pin_memory": False,  # CPU runs; pass --dataloader_pin_memory true on a GPU
 }
 
 
