@@ -143,7 +143,7 @@ def get_leap_scheduler(
         scheduler_specific_kwargs: The base schedule's kwargs (``min_lr_rate``,
             ``num_decay_steps``, ...), and optionally ``leap_sigma``, ``leap_mode``,
             ``leap_seed``, ``leap_window``, ``leap_clip``.
-        sigma: Noise scale (default 0.5); 0 gives the base schedule bit for bit.
+        sigma: Noise scale (default 3.0, see docs/results.md); 0 gives the base schedule bit for bit.
         mode: ``"relative"`` (default) or ``"absolute"``.
         seed: Noise seed (default 0).
         window: ``(start, end)`` fractions of training with noise on (default ``(0, 1)``).

@@ -68,17 +68,27 @@ def test_scalar_noise_is_truncated_and_one_multiplier_per_step():
     assert max(abs(untruncated.multiplier() - 1) for _ in range(500)) > 2.0
 
 
+class ZeroLoss(torch.nn.Module):
+    """A loss with zero gradient: the update is the injected noise alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(10_000))
+
+    def forward(self, features):
+        return (self.weight * 0).sum()
+
+
 def test_gradient_noise_decays_with_the_step():
-    parameter = torch.nn.Parameter(torch.zeros(10_000))
-    model = torch.nn.ParameterList([parameter])
+    model = ZeroLoss()
     method = baselines.make_method("gradient_noise", {"eta": 1.0}, seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
 
     def noise_std(step):
         with torch.no_grad():
-            parameter.zero_()
-        method.step(model, optimizer, None, lambda m, y: (parameter * 0).sum(), None, None, step)
-        return float(parameter.detach().std())
+            model.weight.zero_()
+        method.step(model, optimizer, None, lambda output, labels: output, None, None, step)
+        return float(model.weight.detach().std())
 
     assert noise_std(0) == pytest.approx(1.0, rel=0.05)
     assert noise_std(99) == pytest.approx(100 ** -0.275, rel=0.05)

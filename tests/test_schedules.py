@@ -114,9 +114,9 @@ def test_scheduler_kwargs_carry_leap_knobs_and_explicit_keywords_win():
     via_kwargs, _, _ = run("leap_constant", OPTIMIZERS["sgd_momentum"], sigma=None)
     model = tiny_classifier(0)
     opt = OPTIMIZERS["sgd_momentum"](model.parameters())
-    sched = get_leap_scheduler("leap_constant", opt, 2, 12, {"leap_sigma": 0.5, "leap_seed": 0})
+    sched = get_leap_scheduler("leap_constant", opt, 2, 12, {"leap_sigma": 3.0, "leap_seed": 0})
     train_steps(model, opt, sched, batches(12))
-    assert torch.equal(flat_params(via_kwargs), flat_params(model))  # defaults: sigma 0.5, seed 0
+    assert torch.equal(flat_params(via_kwargs), flat_params(model))  # defaults: sigma 3.0, seed 0
 
     model = tiny_classifier(0)
     opt = OPTIMIZERS["sgd_momentum"](model.parameters())
