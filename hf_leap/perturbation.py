@@ -375,7 +375,7 @@ class LEAPPerturbation:
         if pending is None:
             return
         self._restore()
-        for group, learning_rate, stepped in pending:
+        for _group, learning_rate, stepped in pending:
             for parameter in stepped:
                 local = _shard_position(parameter, self._partition_key).local
                 self._combine(parameter, self._persistent_snapshot(parameter, local), float(learning_rate),

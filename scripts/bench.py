@@ -91,7 +91,7 @@ def measure(model_name: str, optimizer_name: str, device: torch.device, warmup: 
     def fresh_optimizer(leap: bool, fast: bool = True):
         optimizer = make_optimizer(optimizer_name, model, device)
         if leap:
-            get_leap_scheduler("leap_constant", optimizer, sigma=0.5)
+            get_leap_scheduler("leap_constant", optimizer)  # the default sigma; cost does not depend on it
             optimizer._leap_perturbation.use_fast_path = fast
         return optimizer
 
@@ -123,7 +123,7 @@ def measure(model_name: str, optimizer_name: str, device: torch.device, warmup: 
             buffer.normal_(generator=generator)
 
     result["noise_floor_ms"] = timer.median_ms(noise_floor, warmup, repeats)
-    del noise
+    noise.clear()
 
     def full_step(optimizer):
         def run():

@@ -57,7 +57,7 @@ class Arm:
 BASELINE = Arm("baseline")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dataset(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     from hf_leap.offline import load_digits_8x8, load_mnist_5k
 
@@ -112,12 +112,11 @@ def batch_schedule(n: int, batch_size: int | None, steps: int, seed: int):
 
 def run_one(cell: Cell, arm: Arm, seed: int, sharpness_iterations: int = 20) -> dict[str, Any]:
     """Trains one (cell, arm, seed) and measures test error, train loss and sharpness."""
+    import baselines
     from transformers import get_scheduler
 
     from hf_leap import get_leap_scheduler
     from hf_leap.sharpness import hessian_top_eigenvalue
-
-    import baselines
 
     train_x, train_y, test_x, test_y = load_split(cell.dataset, seed, cell.train_size, cell.test_size)
     model = build_mlp(train_x.shape[1], cell.hidden, 10, seed)
@@ -202,7 +201,8 @@ def paired_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         arm_sharp = [runs[s]["top_eigenvalue"] for s in seeds]
         rows.append({
             "cell": cell, "arm": arm, "n": n,
-            "baseline_error": float(base_err.mean()), "baseline_error_sd": float(base_err.std(ddof=1)) if n > 1 else 0.0,
+            "baseline_error": float(base_err.mean()),
+            "baseline_error_sd": float(base_err.std(ddof=1)) if n > 1 else 0.0,
             "arm_error": float(arm_err.mean()), "difference_pp": mean, "ci95_pp": half_width,
             "wins": int((differences < 0).sum()), "losses": int((differences > 0).sum()), "p_ttest": p_t,
             "p_wilcoxon": p_w, "baseline_top_eig": _nanmedian(base_sharp), "arm_top_eig": _nanmedian(arm_sharp),
@@ -270,7 +270,8 @@ def plot_summary(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 def cells_as_markdown(cells: list[Cell]) -> str:
-    lines = ["| cell | data (train/test) | model | optimizer, lr | schedule | steps | batch |", "|---|---|---|---|---|---|---|"]
+    lines = ["| cell | data (train/test) | model | optimizer, lr | schedule | steps | batch |",
+             "|---|---|---|---|---|---|---|"]
     for cell in cells:
         model = "MLP " + "-".join(str(h) for h in cell.hidden)
         batch = "full" if cell.batch_size is None else str(cell.batch_size)

@@ -106,7 +106,9 @@ def _image_records(data_args: DataArguments) -> tuple[list[tuple[str, Any]], lis
             frame = pd.read_csv(path)
             for column in (data_args.image_column, data_args.label_column):
                 if column not in frame.columns:
-                    raise ValueError(f"column {column!r} not in {list(frame.columns)}; pass --image_column/--label_column")
+                    raise ValueError(
+                        f"column {column!r} not in {list(frame.columns)}; pass --image_column/--label_column"
+                    )
             root = Path(path).parent
             return [(str(root / p) if not Path(p).is_absolute() else p, label)
                     for p, label in zip(frame[data_args.image_column], frame[data_args.label_column])]

@@ -92,7 +92,9 @@ def load_text_datasets(data_args: DataArguments):
         for split in raw.values():
             for column in (data_args.text_column, data_args.label_column):
                 if column not in split.column_names:
-                    raise ValueError(f"column {column!r} not in {split.column_names}; pass --text_column/--label_column")
+                    raise ValueError(
+                        f"column {column!r} not in {split.column_names}; pass --text_column/--label_column"
+                    )
         raw = raw.rename_columns({data_args.text_column: "text", data_args.label_column: "label"})
         train, validation = raw["train"], raw["validation"]
     else:

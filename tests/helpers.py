@@ -17,7 +17,9 @@ def tiny_classifier(seed: int = 0, dropout: float = 0.0) -> torch.nn.Module:
 
 def batches(n: int = 12, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 8, generator=generator), torch.randint(0, 3, (16,), generator=generator)) for _ in range(n)]
+    return [
+        (torch.randn(16, 8, generator=generator), torch.randint(0, 3, (16,), generator=generator)) for _ in range(n)
+    ]
 
 
 def train_steps(model, optimizer, scheduler, data, record: Callable | None = None) -> None:
