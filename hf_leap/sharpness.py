@@ -88,18 +88,15 @@ def _evaluation_mode(model: torch.nn.Module, double_backward: bool = False):
         model.train(was_training)
 
 
-def _parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def _prepare(model: torch.nn.Module, dataloader: Iterable, seed: int):
+    """Trainable parameters, their device, the materialised batches and a private generator."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("model has no parameters with requires_grad=True")
-    return parameters
-
-
-def _check_loader(dataloader: Iterable) -> list:
     batches = list(dataloader)
     if not batches:
         raise ValueError("dataloader is empty: pass at least one batch")
-    return batches
+    return parameters, parameters[0].device, batches, torch.Generator().manual_seed(seed)
 
 
 def _hessian_vector_product(model, parameters, loss_fn, batches, vector, device) -> list[torch.Tensor]:
@@ -155,10 +152,7 @@ def hessian_top_eigenvalue(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    parameters = _parameters(model)
-    device = parameters[0].device
-    batches = _check_loader(dataloader)
-    generator = torch.Generator().manual_seed(seed)
+    parameters, device, batches, generator = _prepare(model, dataloader, seed)
     vector = [torch.randn(p.shape, generator=generator).to(p) for p in parameters]
     norm = math.sqrt(_dot(vector, vector))
     vector = [v / norm for v in vector]
@@ -209,10 +203,7 @@ def hessian_trace(
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    parameters = _parameters(model)
-    device = parameters[0].device
-    batches = _check_loader(dataloader)
-    generator = torch.Generator().manual_seed(seed)
+    parameters, device, batches, generator = _prepare(model, dataloader, seed)
     total = 0.0
     with _evaluation_mode(model, double_backward=True):
         for _ in _progress(range(samples), progress, "Hessian trace"):
@@ -272,10 +263,7 @@ def random_perturbation_sharpness(
         raise ValueError(f"radius must be a positive finite number, got {radius!r}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    parameters = _parameters(model)
-    device = parameters[0].device
-    batches = _check_loader(dataloader)
-    generator = torch.Generator().manual_seed(seed)
+    parameters, device, batches, generator = _prepare(model, dataloader, seed)
     originals = [p.detach().clone() for p in parameters]
     weight_norm = math.sqrt(_dot(originals, originals))
     length = radius * weight_norm if relative else radius

@@ -18,8 +18,8 @@ CSV of image paths and labels:
 
 from __future__ import annotations
 
+import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_leap import LEAPTrainer, LEAPTrainingArguments
-from hf_leap.metrics import load_metric
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from example_common import train_and_evaluate  # noqa: E402
+
+from hf_leap import LEAPTrainer, LEAPTrainingArguments  # noqa: E402
+from hf_leap.metrics import classification_metrics
 from hf_leap.offline import enable_offline_mode, load_mnist_5k, local_model_error, seeded_split
 
 IMAGE_DEFAULTS = {
@@ -190,17 +194,6 @@ def build_model(model_args: ModelArguments, num_labels: int):
     return model, processor
 
 
-def classification_metrics():
-    accuracy, f1 = load_metric("accuracy"), load_metric("f1")
-
-    def compute(prediction) -> dict[str, float]:
-        predicted = np.argmax(prediction.predictions, axis=-1)
-        return {**accuracy.compute(predictions=predicted, references=prediction.label_ids),
-                **f1.compute(predictions=predicted, references=prediction.label_ids)}
-
-    return compute
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs one training and returns its metrics, log history and wall time."""
     enable_offline_mode()
@@ -217,16 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.config.label2id = {name: i for i, name in enumerate(names)}
     trainer = LEAPTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                           data_collator=collate, compute_metrics=classification_metrics())
-    started = time.perf_counter()
-    train_result = trainer.train()
-    eval_metrics = trainer.evaluate()
-    seconds = time.perf_counter() - started
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.log_metrics("eval", eval_metrics)
-    trainer.save_metrics("all", {**train_result.metrics, **eval_metrics})
-    trainer.create_model_card()
-    return {"train": train_result.metrics, "eval": eval_metrics, "log_history": trainer.state.log_history,
-            "seconds": seconds, "args": training_args}
+    return train_and_evaluate(trainer)
 
 
 if __name__ == "__main__":

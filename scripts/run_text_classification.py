@@ -15,15 +15,17 @@ Your own data and model, as in the transformers examples:
 
 from __future__ import annotations
 
+import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hf_leap import LEAPTrainer, LEAPTrainingArguments
-from hf_leap.metrics import load_metric
+from example_common import train_and_evaluate  # noqa: E402
+
+from hf_leap import LEAPTrainer, LEAPTrainingArguments  # noqa: E402
+from hf_leap.metrics import classification_metrics
 from hf_leap.offline import (
     enable_offline_mode,
     load_rotten_tomatoes,
@@ -111,18 +113,6 @@ def load_text_datasets(data_args: DataArguments):
     return train, validation
 
 
-def classification_metrics():
-    accuracy, f1 = load_metric("accuracy"), load_metric("f1")
-
-    def compute(prediction) -> dict[str, float]:
-        predicted = np.argmax(prediction.predictions, axis=-1)
-        references = prediction.label_ids
-        return {**accuracy.compute(predictions=predicted, references=references),
-                **f1.compute(predictions=predicted, references=references)}
-
-    return compute
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs one fine-tune and returns its metrics, log history and wall time."""
     enable_offline_mode()
@@ -159,16 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=classification_metrics(),
     )
-    started = time.perf_counter()
-    train_result = trainer.train()
-    eval_metrics = trainer.evaluate()
-    seconds = time.perf_counter() - started
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.log_metrics("eval", eval_metrics)
-    trainer.save_metrics("all", {**train_result.metrics, **eval_metrics})
-    trainer.create_model_card()
-    return {"train": train_result.metrics, "eval": eval_metrics, "log_history": trainer.state.log_history,
-            "seconds": seconds, "args": training_args}
+    return train_and_evaluate(trainer)
 
 
 if __name__ == "__main__":

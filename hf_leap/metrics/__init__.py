@@ -34,3 +34,34 @@ def load_metric(name: str):
     import evaluate
 
     return evaluate.load(str(METRICS_DIR / name))
+
+
+def classification_metrics(names: tuple[str, ...] = AVAILABLE_METRICS):
+    """A ``compute_metrics`` for ``Trainer`` classification runs: argmax of the logits, then the
+    packaged metrics (accuracy and macro-F1 by default).
+
+    Args:
+        names: Packaged metrics to compute, from ``AVAILABLE_METRICS``.
+
+    Returns:
+        A function of an ``EvalPrediction`` returning ``{"accuracy": ..., "f1": ...}``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from transformers import EvalPrediction
+        >>> compute = classification_metrics()
+        >>> compute(EvalPrediction(predictions=np.array([[0.9, 0.1], [0.2, 0.8]]), label_ids=np.array([0, 0])))
+        {'accuracy': 0.5, 'f1': 0.3333333333333333}
+    """
+    import numpy as np
+
+    metrics = [load_metric(name) for name in names]
+
+    def compute(prediction) -> dict[str, float]:
+        predicted = np.argmax(prediction.predictions, axis=-1)
+        results: dict[str, float] = {}
+        for metric in metrics:
+            results.update(metric.compute(predictions=predicted, references=prediction.label_ids))
+        return results
+
+    return compute
