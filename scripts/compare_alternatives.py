@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from paired_harness import Arm, Cell, markdown_table, paired_summary, run_grid  # noqa: E402
+from paired_harness import Arm, Cell, markdown_table, measure_step_costs, paired_summary, run_grid  # noqa: E402
 from reproduce_paper import study_plan, write_report  # noqa: E402
 
 from hf_leap.config import DEFAULT_MODE, DEFAULT_SIGMA  # noqa: E402
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     results = run_grid(plan, seeds, args.workers, sharpness_iterations=5 if args.tiny else 20)
-    rows = paired_summary(results)
+    costs = measure_step_costs(plan, steps=3 if args.tiny else 30, repeats=2 if args.tiny else 5)
+    rows = paired_summary(results, costs)
     order = {(cell.name, arm.name): i for i, (cell, arms) in enumerate(plan) for arm in arms}
     rows.sort(key=lambda r: order.get((r["cell"], r["arm"]), 0))
     command = "python scripts/compare_alternatives.py " + " ".join(argv if argv is not None else sys.argv[1:])

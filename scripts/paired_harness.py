@@ -110,16 +110,36 @@ def batch_schedule(n: int, batch_size: int | None, steps: int, seed: int):
     return batches[:steps]
 
 
-def run_one(cell: Cell, arm: Arm, seed: int, sharpness_iterations: int = 20) -> dict[str, Any]:
-    """Trains one (cell, arm, seed) and measures test error, train loss and sharpness."""
+@dataclass
+class Training:
+    """Everything one (cell, arm, seed) run steps with."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    method: Any
+    batches: list[torch.Tensor]
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    loss_fn: torch.nn.Module = field(default_factory=torch.nn.CrossEntropyLoss)
+
+    def step(self, index: int) -> float:
+        train_x, train_y = self.data[0], self.data[1]
+        rows = self.batches[index % len(self.batches)]
+        loss = self.method.step(self.model, self.optimizer, self.scheduler, self.loss_fn, train_x[rows],
+                                train_y[rows], index)
+        self.scheduler.step()
+        return loss
+
+
+def prepare(cell: Cell, arm: Arm, seed: int) -> Training:
+    """Data split, initial weights, batch order (shared by all arms of a seed) and the arm's method."""
     import baselines
     from transformers import get_scheduler
 
     from hf_leap import get_leap_scheduler
-    from hf_leap.sharpness import hessian_top_eigenvalue
 
-    train_x, train_y, test_x, test_y = load_split(cell.dataset, seed, cell.train_size, cell.test_size)
-    model = build_mlp(train_x.shape[1], cell.hidden, 10, seed)
+    data = load_split(cell.dataset, seed, cell.train_size, cell.test_size)
+    model = build_mlp(data[0].shape[1], cell.hidden, 10, seed)
     optimizer = make_optimizer(cell, model)
     steps = max(1, int(round(cell.steps * arm.step_fraction)))
     warmup = steps // 20 if cell.schedule != "constant" else 0
@@ -128,16 +148,22 @@ def run_one(cell: Cell, arm: Arm, seed: int, sharpness_iterations: int = 20) -> 
     else:
         scheduler = get_scheduler(cell.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     method = baselines.make_method(arm.method, arm.options, seed)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    return Training(model, optimizer, scheduler, method, batch_schedule(len(data[1]), cell.batch_size, steps, seed),
+                    data)
+
+
+def run_one(cell: Cell, arm: Arm, seed: int, sharpness_iterations: int = 20) -> dict[str, Any]:
+    """Trains one (cell, arm, seed) and measures test error, train loss and sharpness."""
+    from hf_leap.sharpness import hessian_top_eigenvalue
+
+    training = prepare(cell, arm, seed)
     diverged = False
-    started = time.perf_counter()
-    for step, rows in enumerate(batch_schedule(len(train_y), cell.batch_size, steps, seed)):
-        loss = method.step(model, optimizer, scheduler, loss_fn, train_x[rows], train_y[rows], step)
-        scheduler.step()
-        if not math.isfinite(loss):
+    for index in range(len(training.batches)):
+        if not math.isfinite(training.step(index)):
             diverged = True
             break
-    seconds = time.perf_counter() - started
+    model, loss_fn = training.model, training.loss_fn
+    train_x, train_y, test_x, test_y = training.data
     model.eval()
     with torch.no_grad():
         test_error = float((model(test_x).argmax(1) != test_y).float().mean()) if not diverged else 1.0
@@ -146,8 +172,32 @@ def run_one(cell: Cell, arm: Arm, seed: int, sharpness_iterations: int = 20) -> 
                                   iterations=sharpness_iterations, seed=seed)
            if not diverged and sharpness_iterations else float("nan"))
     return {"cell": cell.name, "arm": arm.name, "seed": seed, "test_error": test_error, "train_loss": train_loss,
-            "top_eigenvalue": top, "seconds": seconds, "ms_per_step": 1000 * seconds / max(step + 1, 1),
-            "steps": steps, "diverged": diverged}
+            "top_eigenvalue": top, "steps": len(training.batches), "diverged": diverged}
+
+
+def measure_step_costs(plan: list[tuple[Cell, list[Arm]]], steps: int = 30, repeats: int = 5,
+                       seed: int = 0) -> dict[tuple[str, str], float]:
+    """Median ms per training step of every arm, timed apart from the grid.
+
+    Timing inside the parallel grid mixes in whatever else the machine runs; here the arms
+    of a cell are timed one after another in this process, on one thread, interleaved
+    (baseline, arm 1, ..., baseline, arm 1, ...) so slow phases of the machine hit all arms.
+    """
+    torch.set_num_threads(1)
+    costs: dict[tuple[str, str], float] = {}
+    for cell, arms in plan:
+        runs = {arm.name: prepare(cell, arm, seed) for arm in [BASELINE, *arms]}
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        for repeat in range(repeats + 1):  # the first round warms up
+            for name, training in runs.items():
+                started = time.perf_counter()
+                for index in range(steps):
+                    training.step(repeat * steps + index)
+                if repeat:
+                    samples[name].append(1000 * (time.perf_counter() - started) / steps)
+        for name, values in samples.items():
+            costs[(cell.name, name)] = statistics.median(values)
+    return costs
 
 
 def _run_job(job) -> dict[str, Any]:
@@ -171,8 +221,10 @@ def run_grid(plan: list[tuple[Cell, list[Arm]]], seeds: list[int], workers: int,
         return list(tqdm(pool.imap_unordered(_run_job, jobs), total=len(jobs), desc="runs"))
 
 
-def paired_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (cell, arm): the arm against the cell's baseline on the same seeds."""
+def paired_summary(results: list[dict[str, Any]],
+                   costs: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
+    """Per (cell, arm): the arm against the cell's baseline on the same seeds, and the arm's
+    time per step over the baseline's (from ``measure_step_costs``; NaN without it)."""
     from scipy import stats
 
     by_key: dict[tuple[str, str], dict[int, dict]] = {}
@@ -207,8 +259,7 @@ def paired_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wins": int((differences < 0).sum()), "losses": int((differences > 0).sum()), "p_ttest": p_t,
             "p_wilcoxon": p_w, "baseline_top_eig": _nanmedian(base_sharp), "arm_top_eig": _nanmedian(arm_sharp),
             "sharpness_ratio": _nanmedian([a / b for a, b in zip(arm_sharp, base_sharp) if b and b == b and a == a]),
-            "ms_per_step_ratio": statistics.median(runs[s]["ms_per_step"] for s in seeds)
-            / statistics.median(baseline[s]["ms_per_step"] for s in seeds),
+            "ms_per_step_ratio": (costs[(cell, arm)] / costs[(cell, BASELINE.name)]) if costs else float("nan"),
             "diverged": sum(runs[s]["diverged"] for s in seeds),
         })
     return rows

@@ -32,6 +32,7 @@ from paired_harness import (  # noqa: E402
     as_jsonable,
     cells_as_markdown,
     markdown_table,
+    measure_step_costs,
     paired_summary,
     plot_summary,
     run_grid,
@@ -89,7 +90,9 @@ def write_report(plan, results, rows, output: Path, seeds: list[int], seconds: f
         "Δ = arm − baseline test error in percentage points (negative: the arm is better); wins = seeds where "
         "the arm's error is lower; p-values from the paired t-test and the Wilcoxon signed-rank test. "
         "Sharpness = top eigenvalue of the training-loss Hessian at the end of training (power iteration); "
-        "the ratio is the median over seeds of arm / baseline.", "",
+        "the ratio is the median over seeds of arm / baseline. Time/step ratio: median ms per training step of "
+        "the arm over the baseline's, timed apart from the grid on one thread, arms interleaved "
+        "(`measure_step_costs`).", "",
         "## Cells", "", cells_as_markdown([cell for cell, _ in plan]), "",
         "## Results", "", markdown_table(rows), "",
         f"![summary]({figure.name})", "",
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     results = run_grid(plan, seeds, args.workers, sharpness_iterations=5 if args.tiny else 20)
-    rows = paired_summary(results)
+    costs = measure_step_costs(plan, steps=3 if args.tiny else 30, repeats=2 if args.tiny else 5)
+    rows = paired_summary(results, costs)
     order = {(cell.name, arm.name): i for i, (cell, arms) in enumerate(plan) for arm in arms}
     rows.sort(key=lambda r: (order.get((r["cell"], r["arm"]), 0), r["arm"]))
     command = "python scripts/reproduce_paper.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -103,10 +103,10 @@ def test_paired_summary_counts_wins_and_p_values():
     results = []
     for seed in range(6):
         results.append({"cell": "c", "arm": "baseline", "seed": seed, "test_error": 0.10 + 0.01 * seed,
-                        "top_eigenvalue": 2.0, "ms_per_step": 1.0, "diverged": False})
+                        "top_eigenvalue": 2.0, "diverged": False})
         results.append({"cell": "c", "arm": "x", "seed": seed, "test_error": 0.09 + 0.01 * seed + 0.001 * (seed == 0),
-                        "top_eigenvalue": 1.0, "ms_per_step": 1.5, "diverged": False})
-    (row,) = harness.paired_summary(results)
+                        "top_eigenvalue": 1.0, "diverged": False})
+    (row,) = harness.paired_summary(results, {("c", "baseline"): 2.0, ("c", "x"): 3.0})
     assert row["wins"] == 6 and row["n"] == 6 and row["difference_pp"] < 0 and row["p_ttest"] < 0.001
     assert row["sharpness_ratio"] == 0.5 and row["ms_per_step_ratio"] == 1.5
 
