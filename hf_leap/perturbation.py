@@ -230,7 +230,10 @@ class LEAPPerturbation:
         self._pending: list[tuple[dict, Any, list[torch.Tensor]]] | None = None
         self._hidden_grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_step = 0
-        self._partition_key = 0
+        # Extra noise-key coordinate of this rank's tensors: 0 for replicated or position-keyed
+        # tensors; dp rank + 1 for DeepSpeed ZeRO's flat partitions (set at attach, or by
+        # LEAPTrainer when DeepSpeed hands it the bare torch optimizer).
+        self.partition_key = 0
         self._handles: tuple = ()
         self._optimizer_ref: weakref.ref | None = None
         self._spread = _SpreadAccumulator()
@@ -252,7 +255,7 @@ class LEAPPerturbation:
         previous = getattr(inner, "_leap_perturbation", None)
         if previous is not None:
             previous.detach()
-        self._partition_key = _deepspeed_partition_key(optimizer)
+        self.partition_key = _deepspeed_partition_key(optimizer)
         self._handles = (
             inner.register_step_pre_hook(self._before_step),
             inner.register_step_post_hook(self._after_step),
@@ -357,7 +360,7 @@ class LEAPPerturbation:
         for group in optimizer.param_groups:
             stepped = [p for p in group["params"] if p.grad is not None]
             for parameter in stepped:
-                local = _shard_position(parameter, self._partition_key).local
+                local = _shard_position(parameter, self.partition_key).local
                 self._persistent_snapshot(parameter, local).copy_(local)
             pending.append((group, group["lr"], stepped))
         # Only after every snapshot is taken: a failure above leaves the lrs untouched.
@@ -377,7 +380,7 @@ class LEAPPerturbation:
         self._restore()
         for _group, learning_rate, stepped in pending:
             for parameter in stepped:
-                local = _shard_position(parameter, self._partition_key).local
+                local = _shard_position(parameter, self.partition_key).local
                 self._combine(parameter, self._persistent_snapshot(parameter, local), float(learning_rate),
                               self._pending_step)
         self._finish_step(self._pending_step)
@@ -392,7 +395,7 @@ class LEAPPerturbation:
                 for parameter in group["params"]:
                     if parameter.grad is None:
                         continue
-                    local = _shard_position(parameter, self._partition_key).local
+                    local = _shard_position(parameter, self.partition_key).local
                     snapshot = self._scratch_buffer("snapshot", local.numel(), local.dtype, local.device)
                     snapshot = snapshot.view(local.shape)
                     snapshot.copy_(local)
@@ -410,7 +413,7 @@ class LEAPPerturbation:
     def _combine(self, parameter: torch.Tensor, snapshot: torch.Tensor, learning_rate: float, step: int) -> None:
         """``p = p0 + lr_j * (p1 - p0)`` block by block, with ``p`` holding ``p1`` on entry."""
         config = self.config
-        position = _shard_position(parameter, self._partition_key)
+        position = _shard_position(parameter, self.partition_key)
         local = position.local
         if not local.is_contiguous():
             raise ValueError("LEAP needs contiguous parameter storage; call .contiguous() on the model's parameters")

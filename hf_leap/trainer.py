@@ -204,7 +204,19 @@ class LEAPTrainer(Trainer):
                 **leap_kwargs,
             )
             self._created_lr_scheduler = True
+            self._key_deepspeed_partitions(self.optimizer if optimizer is None else optimizer)
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def _key_deepspeed_partitions(self, optimizer: Any) -> None:
+        """With a DeepSpeed-config optimizer, DeepSpeed calls ``create_scheduler`` with its bare
+        torch optimizer, whose params are this rank's flat ZeRO partitions; the ZeRO wrapper that
+        would reveal them is out of sight, so key them by rank here."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if not self.is_deepspeed_enabled or plugin is None or getattr(plugin, "zero_stage", 0) < 1:
+            return
+        perturbation = getattr(innermost_optimizer(optimizer), "_leap_perturbation", None)
+        if perturbation is not None and perturbation.partition_key == 0:
+            perturbation.partition_key = self.args.process_index + 1
 
     def leap_stats(self) -> dict[str, float]:
         """LEAP's figures from the last optimizer step (empty before the first one)."""

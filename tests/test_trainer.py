@@ -193,3 +193,27 @@ def test_launcher_help_and_missing_script():
     missing = subprocess.run([sys.executable, "-m", "hf_leap", "no_such_script.py"], capture_output=True, text=True,
                              env=env)
     assert missing.returncode == 2 and "script 'no_such_script.py' not found" in missing.stderr
+
+
+def test_deepspeed_flat_partitions_are_keyed_by_rank(tmp_path, monkeypatch):
+    """DeepSpeed's DummyScheduler path hands create_scheduler its bare torch optimizer (flat
+    ZeRO partitions): LEAPTrainer keys them by rank so disjoint partitions get distinct noise."""
+    from types import SimpleNamespace
+
+    args = LEAPTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, leap_sigma=0.5)
+    trainer = LEAPTrainer(model=tiny_bert(0), args=args, train_dataset=token_dataset())
+    partition = torch.nn.Parameter(torch.zeros(1000))
+    bare = torch.optim.AdamW([partition], lr=1e-3)
+    real_accelerator = trainer.accelerator
+    monkeypatch.setattr(trainer, "accelerator", SimpleNamespace(state=SimpleNamespace(
+        deepspeed_plugin=SimpleNamespace(zero_stage=2))))
+    monkeypatch.setattr(trainer, "is_deepspeed_enabled", True)
+    trainer.create_scheduler(10, optimizer=bare)
+    monkeypatch.setattr(trainer, "accelerator", real_accelerator)
+    assert bare._leap_perturbation.partition_key == trainer.args.process_index + 1 == 1
+
+    plain = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))], lr=1e-3)
+    trainer.is_deepspeed_enabled = False
+    trainer.lr_scheduler = None
+    trainer.create_scheduler(10, optimizer=plain)
+    assert plain._leap_perturbation.partition_key == 0

@@ -154,7 +154,7 @@ def deepspeed_structures(out_dir, sigma=0.5):
     per_group, perturbation, lrs = run(per_group=True)
     whole, _, _ = run(per_group=False)
     write(out_dir, "deepspeed_structures", {
-        "partition_key": perturbation._partition_key,
+        "partition_key": perturbation.partition_key,
         "perturbed_calls": perturbation.perturbed_steps, "lrs_after": lrs,
         "per_group_vs_whole_equal": all(torch.equal(a, b) for a, b in zip(per_group, whole)),
     }, tensors={"partitions": [p.detach() for p in per_group], "rank": rank})
