@@ -18,17 +18,14 @@ Writes OUTPUT/report.md, OUTPUT/results.json and OUTPUT/summary.png (default doc
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
 from dataclasses import replace
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from paired_harness import Arm, Cell, markdown_table, measure_step_costs, paired_summary, run_grid  # noqa: E402
-from reproduce_paper import study_plan, write_report  # noqa: E402
+from paired_harness import Arm, Cell  # noqa: E402
+from reproduce_paper import run_study, study_arguments, study_plan  # noqa: E402
 
 from hf_leap.config import DEFAULT_MODE, DEFAULT_SIGMA  # noqa: E402
 
@@ -59,35 +56,16 @@ def comparison_plan(leap_sigma: float, leap_mode: str) -> list[tuple[Cell, list[
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--first_seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser = study_arguments(__doc__, "docs/results/alternatives")
     parser.add_argument("--leap_sigma", type=float, default=DEFAULT_SIGMA)
     parser.add_argument("--leap_mode", default=DEFAULT_MODE, choices=["relative", "absolute"])
-    parser.add_argument("--output", default="docs/results/alternatives")
-    parser.add_argument("--tiny", action="store_true", help="2 cells, 3 arms, a few steps (smoke test)")
     args = parser.parse_args(argv)
-    if args.seeds < 2:
-        parser.error("--seeds must be >= 2 for paired statistics")
     plan = comparison_plan(args.leap_sigma, args.leap_mode)
     if args.tiny:
         plan = [(replace(cell, steps=6, train_size=64, test_size=64), arms[:1] + arms[4:5] + arms[6:7])
                 for cell, arms in plan[:2]]
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    started = time.perf_counter()
-    results = run_grid(plan, seeds, args.workers, sharpness_iterations=5 if args.tiny else 20)
-    costs = measure_step_costs(plan, steps=3 if args.tiny else 30, repeats=2 if args.tiny else 5)
-    rows = paired_summary(results, costs)
-    order = {(cell.name, arm.name): i for i, (cell, arms) in enumerate(plan) for arm in arms}
-    rows.sort(key=lambda r: order.get((r["cell"], r["arm"]), 0))
-    command = "python scripts/compare_alternatives.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = write_report(plan, results, rows, Path(args.output), seeds, time.perf_counter() - started,
-                        "LEAP vs scalar LR noise, gradient noise and SAM: paired multi-seed comparison",
-                        command.strip())
-    print(markdown_table(rows))
-    print(f"\nReport: {path}")
-    return rows
+    return run_study(plan, args, "LEAP vs scalar LR noise, gradient noise and SAM: paired multi-seed comparison",
+                     "compare_alternatives.py", argv)
 
 
 if __name__ == "__main__":

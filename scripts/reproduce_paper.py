@@ -102,30 +102,40 @@ def write_report(plan, results, rows, output: Path, seeds: list[int], seconds: f
     return path
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_arguments(description: str, output: str) -> argparse.ArgumentParser:
+    """The command-line options every paired study shares."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10, help="paired seeds per cell (>= 2)")
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
-    parser.add_argument("--output", default="docs/results/paper")
-    parser.add_argument("--tiny", action="store_true", help="2 cells, 2 arms, a few steps (smoke test)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output", default=output)
+    parser.add_argument("--tiny", action="store_true", help="2 cells, a few arms and steps (smoke test)")
+    return parser
+
+
+def run_study(plan, args: argparse.Namespace, title: str, script: str, argv: list[str] | None) -> list[dict]:
+    """Grid, step costs, paired summary in plan order, report; prints the table."""
     if args.seeds < 2:
-        parser.error("--seeds must be >= 2 for paired statistics")
-    plan = tiny(study_plan()) if args.tiny else study_plan()
+        raise SystemExit("--seeds must be >= 2 for paired statistics")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     results = run_grid(plan, seeds, args.workers, sharpness_iterations=5 if args.tiny else 20)
     costs = measure_step_costs(plan, steps=3 if args.tiny else 30, repeats=2 if args.tiny else 5)
     rows = paired_summary(results, costs)
-    order = {(cell.name, arm.name): i for i, (cell, arms) in enumerate(plan) for arm in arms}
-    rows.sort(key=lambda r: (order.get((r["cell"], r["arm"]), 0), r["arm"]))
-    command = "python scripts/reproduce_paper.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = write_report(plan, results, rows, Path(args.output), seeds, time.perf_counter() - started,
-                        "LEAP vs plain training: paired multi-seed study", command.strip())
+    order = {(cell.name, arm.name): (i, j) for i, (cell, arms) in enumerate(plan) for j, arm in enumerate(arms)}
+    rows.sort(key=lambda r: order[(r["cell"], r["arm"])])
+    command = f"python scripts/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    path = write_report(plan, results, rows, Path(args.output), seeds, time.perf_counter() - started, title,
+                        command.strip())
     print(markdown_table(rows))
     print(f"\nReport: {path}")
     return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = study_arguments(__doc__, "docs/results/paper").parse_args(argv)
+    plan = tiny(study_plan()) if args.tiny else study_plan()
+    return run_study(plan, args, "LEAP vs plain training: paired multi-seed study", "reproduce_paper.py", argv)
 
 
 if __name__ == "__main__":
