@@ -224,6 +224,7 @@ class LEAPPerturbation:
         self.use_fast_path = True
         self._clock = clock
         self._tensor_keys: dict[int, tuple[weakref.ref, int]] = {}
+        self._next_tensor_key = 0
         self._snapshots: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
         self._scratch: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -293,7 +294,10 @@ class LEAPPerturbation:
         entry = self._tensor_keys.get(id(parameter))
         if entry is not None and entry[0]() is parameter:
             return entry[1]
-        key = len(self._tensor_keys)
+        # A counter, not len(): a dead parameter's id can be reused by a new one, which must
+        # not receive a key that is already taken.
+        key = self._next_tensor_key
+        self._next_tensor_key += 1
         self._tensor_keys[id(parameter)] = (weakref.ref(parameter), key)
         return key
 

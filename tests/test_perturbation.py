@@ -182,3 +182,17 @@ def test_fast_path_honours_the_grad_scaler_of_fused_adamw():
     scaler.step(optimizer)
     assert torch.equal(parameter.detach(), before)
     assert parameter.grad is not None  # hidden gradients are given back after the step
+
+
+def test_tensor_keys_stay_unique_when_a_parameter_id_is_reused():
+    from hf_leap.config import LEAPConfig
+    from hf_leap.perturbation import LEAPPerturbation
+
+    perturbation = LEAPPerturbation(LEAPConfig(), clock=lambda: 0)
+    first, second = torch.zeros(2), torch.zeros(2)
+    keys = [perturbation._tensor_key(first), perturbation._tensor_key(second)]
+    del first
+    replacements = [torch.zeros(2) for _ in range(50)]  # some reuse the freed id
+    keys += [perturbation._tensor_key(t) for t in replacements]
+    assert len(set(keys)) == len(keys)
+    assert perturbation._tensor_key(second) == keys[1]
