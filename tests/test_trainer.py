@@ -217,3 +217,15 @@ def test_deepspeed_flat_partitions_are_keyed_by_rank(tmp_path, monkeypatch):
     trainer.lr_scheduler = None
     trainer.create_scheduler(10, optimizer=plain)
     assert plain._leap_perturbation.partition_key == 0
+
+
+def test_cli_flags_reach_the_fields(tmp_path):
+    (args,) = HfArgumentParser(LEAPTrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--lr_scheduler_type", "leap_polynomial", "--leap_sigma", "0.7",
+         "--leap_mode", "absolute", "--leap_window", "0.1", "0.9", "--leap_clip", "2.5", "--seed", "9",
+         "--report_to", "none"]
+    )
+    config = args.leap_config()
+    assert (config.sigma, config.mode, config.window, config.clip, config.seed) == (0.7, "absolute", (0.1, 0.9),
+                                                                                   2.5, 9)
+    assert args.lr_scheduler_type.value == "leap_polynomial"
