@@ -9,8 +9,11 @@ warm-up of:
 * the noise floor: one in-place ``normal_`` pass over all parameters (what drawing one
   Gaussian per element costs at the least);
 * one full training step (forward, backward, step; batch 16 x 64 tokens) without and with LEAP;
-* LEAP's persistent extra memory (snapshot and scratch buffers), and on CUDA the growth of
-  peak allocated memory.
+* LEAP's persistent extra memory (snapshot and scratch buffers), and on CUDA the peak
+  allocated memory of the optimizer-step phase.
+
+All timings of one model are taken round-robin (base, LEAP, floor, base, LEAP, floor, ...), so
+that a slow phase of a shared machine hits every variant alike.
 
     python scripts/bench.py                    # CPU, all sizes (~5 min on 2 cores)
     python scripts/bench.py --quick            # smoke run: smallest model, few repeats
@@ -59,17 +62,21 @@ class Timer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def median_ms(self, action, warmup: int, repeats: int) -> float:
+    def interleaved_medians(self, actions: dict, warmup: int, repeats: int) -> dict[str, float]:
+        """Median ms of each action, timed round-robin (a, b, c, a, b, c, ...) so that a slow
+        phase of a shared machine hits every action alike and the ratios stay honest."""
         for _ in range(warmup):
-            action()
-        samples = []
+            for action in actions.values():
+                action()
+        samples: dict[str, list[float]] = {name: [] for name in actions}
         for _ in range(repeats):
-            self.sync()
-            started = time.perf_counter()
-            action()
-            self.sync()
-            samples.append((time.perf_counter() - started) * 1000)
-        return statistics.median(samples)
+            for name, action in actions.items():
+                self.sync()
+                started = time.perf_counter()
+                action()
+                self.sync()
+                samples[name].append((time.perf_counter() - started) * 1000)
+        return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def batch(config: BertConfig, device: torch.device, size: int = 16, length: int = 64):
@@ -98,23 +105,8 @@ def measure(model_name: str, optimizer_name: str, device: torch.device, warmup: 
     model(**inputs).loss.backward()  # gradients for the optimizer-step timings
     result = {"model": model_name, "params_m": count / 1e6, "optimizer": optimizer_name, "device": str(device),
               "threads": torch.get_num_threads()}
-    base = fresh_optimizer(leap=False)
-    result["step_base_ms"] = timer.median_ms(base.step, warmup, repeats)
-    for path, fast in (("fast", True), ("generic", False)):
-        leap = fresh_optimizer(leap=True, fast=fast)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-        result[f"step_leap_{path}_ms"] = timer.median_ms(leap.step, warmup, repeats)
-        perturbation = leap._leap_perturbation
-        result[f"extra_persistent_mb_{path}"] = perturbation.extra_memory_bytes() / 2**20
-        if device.type == "cuda":
-            result[f"extra_peak_mb_{path}"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-        perturbation.detach()
-        del leap, perturbation
-    result["largest_tensor_mb"] = max(p.numel() * p.element_size() for p in parameters) / 2**20
-    result["params_mb"] = sum(p.numel() * p.element_size() for p in parameters) / 2**20
-
+    optimizers = {"base": fresh_optimizer(leap=False), "fast": fresh_optimizer(leap=True, fast=True),
+                  "generic": fresh_optimizer(leap=True, fast=False)}
     noise = [torch.empty_like(p) for p in parameters]
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -122,8 +114,22 @@ def measure(model_name: str, optimizer_name: str, device: torch.device, warmup: 
         for buffer in noise:
             buffer.normal_(generator=generator)
 
-    result["noise_floor_ms"] = timer.median_ms(noise_floor, warmup, repeats)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    steps = timer.interleaved_medians({**{name: opt.step for name, opt in optimizers.items()},
+                                       "floor": noise_floor}, warmup, repeats)
+    result["step_base_ms"], result["noise_floor_ms"] = steps["base"], steps["floor"]
+    for path in ("fast", "generic"):
+        result[f"step_leap_{path}_ms"] = steps[path]
+        perturbation = optimizers[path]._leap_perturbation
+        result[f"extra_persistent_mb_{path}"] = perturbation.extra_memory_bytes() / 2**20
+        perturbation.detach()
+    if device.type == "cuda":
+        result["peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    result["largest_tensor_mb"] = max(p.numel() * p.element_size() for p in parameters) / 2**20
+    result["params_mb"] = sum(p.numel() * p.element_size() for p in parameters) / 2**20
     noise.clear()
+    optimizers.clear()
 
     def full_step(optimizer):
         def run():
@@ -132,9 +138,9 @@ def measure(model_name: str, optimizer_name: str, device: torch.device, warmup: 
             optimizer.step()
         return run
 
-    result["full_base_ms"] = timer.median_ms(full_step(base), 1, full_repeats)
-    leap = fresh_optimizer(leap=True)
-    result["full_leap_ms"] = timer.median_ms(full_step(leap), 1, full_repeats)
+    full = timer.interleaved_medians({"base": full_step(fresh_optimizer(leap=False)),
+                                      "leap": full_step(fresh_optimizer(leap=True))}, 1, full_repeats)
+    result["full_base_ms"], result["full_leap_ms"] = full["base"], full["leap"]
     for path in ("fast", "generic"):
         extra = result[f"step_leap_{path}_ms"] - result["step_base_ms"]
         result[f"extra_{path}_ms"] = extra
