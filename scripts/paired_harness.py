@@ -324,7 +324,7 @@ def cells_as_markdown(cells: list[Cell]) -> str:
     lines = ["| cell | data (train/test) | model | optimizer, lr | schedule | steps | batch |",
              "|---|---|---|---|---|---|---|"]
     for cell in cells:
-        model = "MLP " + "-".join(str(h) for h in cell.hidden)
+        model = "MLP, hidden " + "-".join(str(h) for h in cell.hidden)
         batch = "full" if cell.batch_size is None else str(cell.batch_size)
         lines.append(f"| {cell.name} | {cell.dataset} ({cell.train_size}/{cell.test_size}) | {model} | "
                      f"{cell.optimizer}, {cell.lr:g} | {cell.schedule} | {cell.steps} | {batch} |")
