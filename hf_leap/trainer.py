@@ -151,6 +151,12 @@ def leap_knobs_from_args(args: TrainingArguments) -> tuple[dict[str, Any], dict[
 
     ``LEAPTrainingArguments`` supply their fields; plain arguments supply ``leap_*`` keys
     from ``lr_scheduler_kwargs``. In both, ``leap_seed`` defaults to ``args.seed``.
+
+    Examples:
+        >>> args = TrainingArguments(output_dir="out", seed=7, report_to="none",
+        ...                          lr_scheduler_kwargs={"leap_sigma": 0.2, "min_lr_rate": 0.1})
+        >>> leap_knobs_from_args(args)
+        ({'sigma': 0.2, 'seed': 7}, {'min_lr_rate': 0.1})
     """
     leap_kwargs, base_kwargs = split_leap_kwargs(args.lr_scheduler_kwargs or None)
     if isinstance(args, LEAPTrainingArguments):

@@ -169,6 +169,7 @@ def test_fast_path_is_bit_identical_to_the_generic_path(name):
     noise_block = 65536 * 4
     assert fast.extra_memory_bytes() <= 2 * largest  # one tensor snapshot + one noise block
     assert generic.extra_memory_bytes() <= total + noise_block
+    assert fast.extra_memory_bytes() < generic.extra_memory_bytes()  # what the fast path buys
 
 
 def test_fast_path_honours_the_grad_scaler_of_fused_adamw():
