@@ -229,3 +229,18 @@ def test_cli_flags_reach_the_fields(tmp_path):
     assert (config.sigma, config.mode, config.window, config.clip, config.seed) == (0.7, "absolute", (0.1, 0.9),
                                                                                    2.5, 9)
     assert args.lr_scheduler_type.value == "leap_polynomial"
+
+
+def test_tensorboard_receives_leap_figures(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    train(tmp_path, leap_sigma=0.5, max_steps=3, report_to="tensorboard")
+    runs = [path.parent for path in (tmp_path / "tb").rglob("events.out.tfevents.*")]
+    assert runs
+    tags = set()
+    for run in runs:
+        accumulator = EventAccumulator(str(run))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train/leap_lr_std", "train/leap_sigma", "train/learning_rate"} <= tags
