@@ -384,9 +384,9 @@ class LEAPPerturbation:
         self._restore()
         for _group, learning_rate, stepped in pending:
             for parameter in stepped:
-                local = _shard_position(parameter, self.partition_key).local
-                self._combine(parameter, self._persistent_snapshot(parameter, local), float(learning_rate),
-                              self._pending_step)
+                position = _shard_position(parameter, self.partition_key)
+                snapshot = self._persistent_snapshot(parameter, position.local)
+                self._combine(parameter, position, snapshot, float(learning_rate), self._pending_step)
         self._finish_step(self._pending_step)
 
     def _step_tensor_by_tensor(self, optimizer: Optimizer, args: tuple, kwargs: dict, step: int) -> None:
@@ -399,13 +399,14 @@ class LEAPPerturbation:
                 for parameter in group["params"]:
                     if parameter.grad is None:
                         continue
-                    local = _shard_position(parameter, self.partition_key).local
+                    position = _shard_position(parameter, self.partition_key)
+                    local = position.local
                     snapshot = self._scratch_buffer("snapshot", local.numel(), local.dtype, local.device)
                     snapshot = snapshot.view(local.shape)
                     snapshot.copy_(local)
                     optimizer.param_groups = [{**unit_group, "params": [parameter]}]
                     unhooked_step(*args, **kwargs)
-                    self._combine(parameter, snapshot, float(group["lr"]), step)
+                    self._combine(parameter, position, snapshot, float(group["lr"]), step)
         finally:
             optimizer.param_groups = groups
         # The hooked step that follows must not step again: hide the gradients until the
@@ -414,10 +415,10 @@ class LEAPPerturbation:
         for parameter, _ in self._hidden_grads:
             parameter.grad = None
 
-    def _combine(self, parameter: torch.Tensor, snapshot: torch.Tensor, learning_rate: float, step: int) -> None:
+    def _combine(self, parameter: torch.Tensor, position: _ShardPosition, snapshot: torch.Tensor,
+                 learning_rate: float, step: int) -> None:
         """``p = p0 + lr_j * (p1 - p0)`` block by block, with ``p`` holding ``p1`` on entry."""
         config = self.config
-        position = _shard_position(parameter, self.partition_key)
         local = position.local
         if not local.is_contiguous():
             raise ValueError("LEAP needs contiguous parameter storage; call .contiguous() on the model's parameters")
