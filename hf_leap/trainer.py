@@ -136,12 +136,11 @@ class LEAPTrainingArguments(TrainingArguments):
 
     def leap_config(self) -> LEAPConfig:
         """The validated ``LEAPConfig`` these arguments describe."""
-        window = self.leap_window
         return LEAPConfig(
             sigma=self.leap_sigma,
             mode=self.leap_mode,
             seed=self.seed if self.leap_seed is None else self.leap_seed,
-            window=tuple(window) if isinstance(window, list) else window,
+            window=self.leap_window,  # LEAPConfig validates the pair and makes it a tuple
             clip=self.leap_clip,
         )
 
