@@ -23,10 +23,14 @@ TRAINER_ARGS = ["--max_steps", "4", "--per_device_train_batch_size", "8", "--rep
 
 
 def launch(command, timeout=300):
+    """Runs a multi-process launcher; results come from per-rank files, never from the shared stdout."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(REPO))
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
-    return [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def rank_results(directory, name):
+    return [json.loads((Path(directory) / f"{name}_rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def torchrun(*args):
@@ -42,7 +46,8 @@ def ddp_trainer_run(output_dir, sigma, launcher="torchrun"):
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                    "0", "-m", "hf_leap", *script_args]
-    results = sorted(launch(command), key=lambda r: r["rank"])
+    launch(command)
+    results = rank_results(output_dir, "result")
     assert [r["rank"] for r in results] == [0, 1] and all(r["world_size"] == 2 for r in results)
     params = [torch.load(Path(output_dir) / f"final_params_rank{r}.pt") for r in (0, 1)]
     return results, params
@@ -69,7 +74,7 @@ def test_accelerate_launch_matches_torchrun(tmp_path):
 
 def run_check(name, tmp_path):
     launch(torchrun(str(CHECKS), name, str(tmp_path)))
-    return [json.loads((tmp_path / f"{name}_rank{rank}.json").read_text()) for rank in (0, 1)]
+    return rank_results(tmp_path, name)
 
 
 @pytest.mark.distributed

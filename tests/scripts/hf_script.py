@@ -1,7 +1,10 @@
 """An example-style HF script that knows nothing of hf_leap (used by the launcher tests).
 
 It prints one line `RESULT <json>` with the final parameter checksum, the schedule's value
-and whether the scheduler of the run reached LEAP's hooks.
+and whether the scheduler of the run reached LEAP's hooks, and writes the same JSON to
+`<output_dir>/result_rank<RANK>.json`: under a multi-process launcher the ranks share one stdout
+pipe, where one rank's line can be glued to another rank's output, so multi-process tests read
+the per-rank files.
 """
 
 import json
@@ -36,13 +39,16 @@ def main():
     while not hasattr(optimizer, "_optimizer_step_pre_hooks"):
         optimizer = optimizer.optimizer
     rank = int(os.environ.get("RANK", "0"))
-    print("RESULT " + json.dumps({
+    result = json.dumps({
         "rank": rank,
         "checksum": model_checksum(model),
         "schedule": training_args.lr_scheduler_type.value,
         "leap_hooked": hasattr(optimizer, "_leap_perturbation"),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-    }), flush=True)
+    })
+    with open(os.path.join(training_args.output_dir, f"result_rank{rank}.json"), "w") as handle:
+        handle.write(result)
+    print("RESULT " + result, flush=True)
     torch.save({n: p.detach() for n, p in model.named_parameters()},
                os.path.join(training_args.output_dir, f"final_params_rank{rank}.pt"))
 
