@@ -4,7 +4,10 @@ Importing ``hf_leap`` registers the ``leap_*`` schedule names before the script 
 parser, so ``--lr_scheduler_type leap_cosine`` and ``--lr_scheduler_kwargs '{"leap_sigma": 0.5}'``
 work with the stock ``Trainer``. The script runs as ``__main__`` with ``sys.argv`` set to
 ``[SCRIPT, ARGS...]``, exactly as if it had been started directly. Works under
-``torchrun ... -m hf_leap SCRIPT`` and ``accelerate launch -m hf_leap SCRIPT``.
+``torchrun ... -m hf_leap SCRIPT`` and ``accelerate launch -m hf_leap SCRIPT``; there, once the
+script returns, the launcher destroys the process group the Trainer left open, because a gloo
+group torn down by interpreter exit can abort the process ("terminate called without an active
+exception", SIGABRT) after training succeeded.
 """
 
 from __future__ import annotations
@@ -59,7 +62,30 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [script, *argv[1:]]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")
+    destroy_open_process_group()
     return 0
+
+
+def destroy_open_process_group() -> bool:
+    """Destroys the default ``torch.distributed`` process group if the script left one open.
+
+    ``Trainer`` never destroys the group it initialises. Left to interpreter exit, gloo's
+    background threads can be torn down in the wrong order and abort a rank that finished
+    cleanly, which a launcher reports as a failed job.
+
+    Returns:
+        Whether a process group was destroyed.
+
+    Examples:
+        >>> destroy_open_process_group()  # nothing to do outside a distributed run
+        False
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.destroy_process_group()
+    return True
 
 
 if __name__ == "__main__":

@@ -195,6 +195,19 @@ def test_launcher_help_and_missing_script():
     assert missing.returncode == 2 and "script 'no_such_script.py' not found" in missing.stderr
 
 
+def test_launcher_destroys_the_process_group_a_script_leaves_open(tmp_path):
+    script = tmp_path / "leaves_group_open.py"
+    script.write_text(
+        "import sys, torch.distributed as dist\n"
+        "dist.init_process_group('gloo', init_method='file://' + sys.argv[1], rank=0, world_size=1)\n"
+    )
+    probe = ("import sys, torch.distributed as dist; from hf_leap.__main__ import main\n"
+             "main(sys.argv[1:]); print('still open' if dist.is_initialized() else 'destroyed')")
+    done = subprocess.run([sys.executable, "-c", probe, str(script), str(tmp_path / "store")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "destroyed", done.stderr[-2000:]
+
+
 def test_deepspeed_flat_partitions_are_keyed_by_rank(tmp_path, monkeypatch):
     """DeepSpeed's DummyScheduler path hands create_scheduler its bare torch optimizer (flat
     ZeRO partitions): LEAPTrainer keys them by rank so disjoint partitions get distinct noise."""
