@@ -16,6 +16,8 @@ import os
 import runpy
 import sys
 
+from .process_group import destroy_open_process_group
+
 USAGE = """\
 usage: python -m hf_leap SCRIPT [ARGS...]
 
@@ -64,28 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     runpy.run_path(script, run_name="__main__")
     destroy_open_process_group()
     return 0
-
-
-def destroy_open_process_group() -> bool:
-    """Destroys the default ``torch.distributed`` process group if the script left one open.
-
-    ``Trainer`` never destroys the group it initialises. Left to interpreter exit, gloo's
-    background threads can be torn down in the wrong order and abort a rank that finished
-    cleanly, which a launcher reports as a failed job.
-
-    Returns:
-        Whether a process group was destroyed.
-
-    Examples:
-        >>> destroy_open_process_group()  # nothing to do outside a distributed run
-        False
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    dist.destroy_process_group()
-    return True
 
 
 if __name__ == "__main__":

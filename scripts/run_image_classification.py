@@ -34,6 +34,7 @@ from example_common import train_and_evaluate  # noqa: E402
 from hf_leap import LEAPTrainer, LEAPTrainingArguments  # noqa: E402
 from hf_leap.metrics import classification_metrics
 from hf_leap.offline import enable_offline_mode, load_mnist_5k, local_model_error, seeded_split
+from hf_leap.process_group import destroy_open_process_group
 
 IMAGE_DEFAULTS = {
     "output_dir": "outputs/image_classification",
@@ -215,3 +216,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    destroy_open_process_group()  # under torchrun: a group left to interpreter exit can abort a finished rank

@@ -33,6 +33,7 @@ from hf_leap.offline import (
     packaged_minilm_path,
     seeded_split,
 )
+from hf_leap.process_group import destroy_open_process_group
 
 TEXT_DEFAULTS = {
     "output_dir": "outputs/text_classification",
@@ -154,3 +155,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    destroy_open_process_group()  # under torchrun: a group left to interpreter exit can abort a finished rank
