@@ -18,6 +18,7 @@ from tests.trainer_helpers import tiny_bert, token_dataset
 REPO = Path(__file__).resolve().parents[1]
 HF_SCRIPT = REPO / "tests" / "scripts" / "hf_script.py"
 CHECKS = REPO / "tests" / "scripts" / "dist_checks.py"
+GPU_CHECK = REPO / "scripts" / "gpu_check.py"
 TRAINER_ARGS = ["--max_steps", "4", "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu",
                 "--save_strategy", "no", "--learning_rate", "1e-3", "--lr_scheduler_type", "leap_cosine"]
 
@@ -100,6 +101,24 @@ def test_fsdp2_shards_draw_the_noise_of_a_single_process(tmp_path):
     realised = torch.load(tmp_path / "fsdp2_rank0.pt")["realised"]["big"]
     expected = torch.load(tmp_path / "fsdp2_rank1.pt")["expected"]["big"]
     assert torch.equal(realised, expected)
+
+
+@pytest.mark.distributed
+def test_gpu_check_script_on_cpu_ddp_agrees_and_resumes_exactly(tmp_path):
+    # scripts/gpu_check.py, run with gloo: 2-rank DDP through LEAPTrainer, interrupted and resumed
+    report_path = tmp_path / "ddp.json"
+    launch(torchrun(str(GPU_CHECK), "--backend", "ddp", "--device", "cpu", "--steps", "4",
+                    "--report", str(report_path)))
+    report = json.loads(report_path.read_text())
+    assert report["ranks_agree"] and report["resume_exact"] and report["leap_changed_result"]
+    print(f"gpu_check.py --device cpu, DDP checksums: {report['checksums_per_rank']}")
+
+
+def test_gpu_check_script_refuses_fsdp2_on_cpu():
+    # accelerate would silently run FSDP as DDP on CPU; the check must not pass off DDP as FSDP2
+    done = subprocess.run([sys.executable, str(GPU_CHECK), "--backend", "fsdp2", "--device", "cpu"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 2 and "on CPU use --backend ddp" in done.stderr
 
 
 @pytest.mark.distributed
