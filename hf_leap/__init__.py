@@ -11,6 +11,7 @@ References:
 
 from .config import LEAP_MODES, LEAPConfig
 from .perturbation import LEAPPerturbation
+from .process_group import check_noise_is_replicated
 from .schedules import (
     LEAP_BASE_SCHEDULES,
     LEAP_SCHEDULE_NAMES,
@@ -33,6 +34,7 @@ __all__ = [
     "LEAPPerturbation",
     "LEAPTrainer",
     "LEAPTrainingArguments",
+    "check_noise_is_replicated",
     "get_leap_scheduler",
     "get_supported_schedules",
     "register_leap_schedules",

@@ -12,6 +12,7 @@ from transformers import SchedulerType, Trainer, TrainingArguments
 
 from .config import DEFAULT_MODE, DEFAULT_SIGMA, DEFAULT_WINDOW, LEAP_MODES, LEAPConfig
 from .perturbation import innermost_optimizer
+from .process_group import check_noise_is_replicated
 from .schedules import LEAP_PREFIX, LEAP_SCHEDULE_NAMES, get_leap_scheduler, split_leap_kwargs
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ class LEAPTrainer(Trainer):
     retries replace the perturbation instead of stacking it. Every training log gains
     ``leap_sigma``, ``leap_lr_std``, ``leap_lr_min`` and ``leap_lr_max`` (the realised
     spread of the per-element learning rates at the last step); ``learning_rate`` stays
-    the scheduled one.
+    the scheduled one. With more than one process and sigma > 0 it first checks that every
+    rank draws bit-identical noise (``hf_leap.process_group.check_noise_is_replicated``).
 
     Examples:
         >>> import torch
@@ -210,6 +212,8 @@ class LEAPTrainer(Trainer):
             )
             self._created_lr_scheduler = True
             self._key_deepspeed_partitions(self.optimizer if optimizer is None else optimizer)
+            if self.args.world_size > 1 and leap_kwargs.get("sigma", DEFAULT_SIGMA) > 0:
+                check_noise_is_replicated(self.args.device)  # mixed GPU models would desync the replicas
         return super().create_scheduler(num_training_steps, optimizer)
 
     def _key_deepspeed_partitions(self, optimizer: Any) -> None:

@@ -134,6 +134,15 @@ def test_deepspeed_style_partitions_step_per_group_and_are_keyed_per_rank(tmp_pa
     assert not torch.equal(partitions[0][0], partitions[1][0])
 
 
+@pytest.mark.distributed
+def test_ranks_that_draw_different_noise_are_refused_before_training(tmp_path):
+    ranks = run_check("noise_replicas", tmp_path)
+    for result in ranks:
+        assert result["agreed"] is True  # same key, same numbers on every rank as launched
+        for error in (result["direct_error"], result["trainer_error"]):
+            assert error is not None and "LEAP noise is not replicated" in error and "ranks [0]; ranks [1]" in error
+
+
 def test_gradient_accumulation_perturbs_once_per_optimizer_step(tmp_path):
     args = LEAPTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
                                  gradient_accumulation_steps=4, report_to="none", use_cpu=True, save_strategy="no",

@@ -1,6 +1,8 @@
 """Multi-process checks, launched by tests/test_distributed.py with torchrun (gloo, CPU).
 
-    torchrun --nproc_per_node 2 tests/scripts/dist_checks.py {raw_accelerate,fsdp2,deepspeed_structures} OUT_DIR
+    torchrun --nproc_per_node 2 tests/scripts/dist_checks.py CHECK OUT_DIR
+
+CHECK is one of raw_accelerate, fsdp2, deepspeed_structures, noise_replicas.
 
 Each check writes ``OUT_DIR/<check>_rank<r>.json`` (and tensors where useful) for the test to
 compare across ranks.
@@ -160,10 +162,45 @@ def deepspeed_structures(out_dir, sigma=0.5):
     }, tensors={"partitions": [p.detach() for p in per_group], "rank": rank})
 
 
+def noise_replicas(out_dir):
+    """The start-up check that ranks draw identical noise: passes as launched, then fails, directly
+    and through LEAPTrainer, once rank 1's generator is made to disagree (as mixed GPU models would)."""
+    import hf_leap.process_group as process_group
+    from hf_leap import LEAPTrainer, LEAPTrainingArguments
+    from tests.trainer_helpers import tiny_bert, token_dataset
+
+    def raised(call):
+        try:
+            call()
+        except RuntimeError as error:
+            return str(error)
+        return None
+
+    agreed = process_group.check_noise_is_replicated("cpu")
+    if dist.get_rank() == 1:
+        draw = process_group.fill_keyed_normal_
+
+        def disagreeing_draw(out, **kwargs):
+            return draw(out, **kwargs).add_(1.0)
+
+        process_group.fill_keyed_normal_ = disagreeing_draw
+    direct = raised(lambda: process_group.check_noise_is_replicated("cpu"))
+
+    def train():
+        args = LEAPTrainingArguments(output_dir=os.path.join(out_dir, "trainer"), max_steps=2, use_cpu=True,
+                                     per_device_train_batch_size=4, report_to="none", save_strategy="no",
+                                     disable_tqdm=True, leap_sigma=0.5)
+        LEAPTrainer(model=tiny_bert(0), args=args, train_dataset=token_dataset(16)).train()
+
+    write(out_dir, "noise_replicas", {"agreed": agreed, "direct_error": direct, "trainer_error": raised(train)})
+
+
 if __name__ == "__main__":
     check, out_dir = sys.argv[1], sys.argv[2]
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-    {"raw_accelerate": raw_accelerate, "fsdp2": fsdp2, "deepspeed_structures": deepspeed_structures}[check](out_dir)
+    checks = {"raw_accelerate": raw_accelerate, "fsdp2": fsdp2, "deepspeed_structures": deepspeed_structures,
+              "noise_replicas": noise_replicas}
+    checks[check](out_dir)
     dist.barrier()
     dist.destroy_process_group()
