@@ -175,8 +175,8 @@ class LEAPTrainer(Trainer):
     retries replace the perturbation instead of stacking it. Every training log gains
     ``leap_sigma``, ``leap_lr_std``, ``leap_lr_min`` and ``leap_lr_max`` (the realised
     spread of the per-element learning rates at the last step); ``learning_rate`` stays
-    the scheduled one. With more than one process and sigma > 0 it first checks that every
-    rank draws bit-identical noise (``hf_leap.process_group.check_noise_is_replicated``).
+    the scheduled one. With more than one process, sigma > 0 and no DeepSpeed, it first checks
+    that every rank draws bit-identical noise (``hf_leap.check_noise_is_replicated``).
 
     Examples:
         >>> import torch
@@ -212,8 +212,11 @@ class LEAPTrainer(Trainer):
             )
             self._created_lr_scheduler = True
             self._key_deepspeed_partitions(self.optimizer if optimizer is None else optimizer)
-            if self.args.world_size > 1 and leap_kwargs.get("sigma", DEFAULT_SIGMA) > 0:
-                check_noise_is_replicated(self.args.device)  # mixed GPU models would desync the replicas
+            # replicas (DDP, and HSDP under FSDP) need identical noise; ZeRO partitions are disjoint
+            # and keyed per rank, so mixed GPU models cannot desync them
+            replicated = self.args.world_size > 1 and not self.is_deepspeed_enabled
+            if replicated and leap_kwargs.get("sigma", DEFAULT_SIGMA) > 0:
+                check_noise_is_replicated(self.args.device)
         return super().create_scheduler(num_training_steps, optimizer)
 
     def _key_deepspeed_partitions(self, optimizer: Any) -> None:

@@ -232,6 +232,27 @@ def test_deepspeed_flat_partitions_are_keyed_by_rank(tmp_path, monkeypatch):
     assert plain._leap_perturbation.partition_key == 0
 
 
+def test_replica_noise_check_runs_where_replicas_need_identical_noise(tmp_path, monkeypatch):
+    """The start-up check (a collective, tested with 2 processes in test_distributed) runs with
+    several processes and sigma > 0, and not under DeepSpeed, whose partitions are disjoint."""
+    import hf_leap.trainer as trainer_module
+
+    devices = []
+    monkeypatch.setattr(trainer_module, "check_noise_is_replicated", devices.append)
+    monkeypatch.setattr(LEAPTrainingArguments, "world_size", property(lambda self: 2))
+
+    def schedule(sigma, deepspeed=False):
+        args = LEAPTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, leap_sigma=sigma)
+        trainer = LEAPTrainer(model=tiny_bert(0), args=args, train_dataset=token_dataset())
+        trainer.is_deepspeed_enabled = deepspeed
+        trainer.create_scheduler(10, optimizer=torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))], lr=1e-3))
+        return len(devices)
+
+    assert schedule(0.5) == 1 and devices == [torch.device("cpu")]
+    assert schedule(0.0) == 1  # no noise, nothing to compare
+    assert schedule(0.5, deepspeed=True) == 1
+
+
 def test_cli_flags_reach_the_fields(tmp_path):
     (args,) = HfArgumentParser(LEAPTrainingArguments).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--lr_scheduler_type", "leap_polynomial", "--leap_sigma", "0.7",
