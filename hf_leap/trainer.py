@@ -202,16 +202,17 @@ class LEAPTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.lr_scheduler is None and is_leap_schedule(self.args.lr_scheduler_type):
             leap_kwargs, base_kwargs = leap_knobs_from_args(self.args)
+            stepped = self.optimizer if optimizer is None else optimizer
             self.lr_scheduler = get_leap_scheduler(
                 self.args.lr_scheduler_type.value,
-                self.optimizer if optimizer is None else optimizer,
+                stepped,
                 num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
                 num_training_steps=num_training_steps,
                 scheduler_specific_kwargs=base_kwargs,
                 **leap_kwargs,
             )
             self._created_lr_scheduler = True
-            self._key_deepspeed_partitions(self.optimizer if optimizer is None else optimizer)
+            self._key_deepspeed_partitions(stepped)
             # replicas (DDP, and HSDP under FSDP) need identical noise; ZeRO partitions are disjoint
             # and keyed per rank, so mixed GPU models cannot desync them
             replicated = self.args.world_size > 1 and not self.is_deepspeed_enabled

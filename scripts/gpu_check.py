@@ -34,6 +34,7 @@ import tempfile
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from transformers import BertConfig, BertForSequenceClassification
 
 from hf_leap import LEAPTrainer, LEAPTrainingArguments
@@ -77,8 +78,6 @@ def train(output_dir: str, backend: str, sigma: float, max_steps: int, save_step
     checksum = torch.tensor([checksum], dtype=torch.float64, device=trainer.args.device)
     gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, checksum)
-    from torch.distributed.tensor import DTensor
-
     parameter = next(trainer.model.parameters())
     parameter_type = "DTensor" if isinstance(parameter, DTensor) else type(parameter).__name__  # DTensor: FSDP2
     return [float(x) for x in gathered], 1000 * result.metrics["train_runtime"] / max_steps, parameter_type
@@ -109,8 +108,8 @@ def main() -> int:
     straight, leap_ms, parameter_type = train(f"{work}/straight", options.backend, 0.5, options.steps, on_cpu=on_cpu)
     base, base_ms, _ = train(f"{work}/base", options.backend, 0.0, options.steps, on_cpu=on_cpu)
     train(f"{work}/run", options.backend, 0.5, options.steps, save_steps=half, on_cpu=on_cpu)
-    resumed, _, _ = train(f"{work}/run", options.backend, 0.5, options.steps, resume=f"{work}/run/checkpoint-{half}",
-                       on_cpu=on_cpu)
+    resumed, _, _ = train(f"{work}/run", options.backend, 0.5, options.steps,
+                          resume=f"{work}/run/checkpoint-{half}", on_cpu=on_cpu)
     report = {"backend": options.backend, "parameter_type": parameter_type, "checksums_per_rank": straight,
               "ranks_agree": len(set(straight)) == 1,
               "resume_exact": resumed == straight, "leap_changed_result": base != straight,
